@@ -12,12 +12,18 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+# mkstemp creates files readable by the owner only; outputs get the usual 0o666 & ~umask.
+# Read once at import: os.umask can only be read by setting it, which is not thread-safe.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+_FILE_MODE = 0o666 & ~_UMASK
+
 
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path in target's folder; on success rename it onto target.
 
-    The temporary name keeps target's suffix (so format-sniffing writers still work) and
+    The file gets the mode a plain open() would give it.  The temporary name keeps target's suffix (so format-sniffing writers still work) and
     starts with a dot so directory scans skip it.
     """
     target = Path(target)
@@ -29,6 +35,7 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, _FILE_MODE)
         os.replace(tmp_path, target)
     except BaseException:
         with contextlib.suppress(OSError):
