@@ -1,0 +1,1 @@
+"""Neural-network modules: normalization layers, the transformer network, the VGG loss net."""
