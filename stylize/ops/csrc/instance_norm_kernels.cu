@@ -338,6 +338,8 @@ __global__ void __launch_bounds__(kResidentMaxThreads)
     }
     cluster.sync();  // part[] is read by the other blocks until here
   }
+#else
+  __trap();  // built without cluster support: fail loudly, never leave y unwritten
 #endif
 }
 
@@ -411,6 +413,8 @@ __global__ void __launch_bounds__(kResidentMaxThreads)
     }
     cluster.sync();  // part[] is read by the other blocks until here
   }
+#else
+  __trap();  // built without cluster support: fail loudly, never leave y unwritten
 #endif
 }
 
