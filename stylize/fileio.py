@@ -23,8 +23,9 @@ _FILE_MODE = 0o666 & ~_UMASK
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path in target's folder; on success rename it onto target.
 
-    The file gets the mode a plain open() would give it.  The temporary name keeps target's suffix (so format-sniffing writers still work) and
-    starts with a dot so directory scans skip it.
+    The file gets the mode a plain open() would give it.  The temporary name keeps target's
+    suffix (so format-sniffing writers still work) and starts with a dot so directory scans
+    skip it.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
