@@ -89,9 +89,15 @@ def validate_style_names(names: Sequence[str], num_styles: int) -> list[str]:
 
 
 def _plain(value: object, where: str) -> object:
-    """Metadata -> plain python types (Path -> str, tuple -> list); TypeError otherwise."""
-    if value is None or isinstance(value, (bool, int, float, str)):
+    """Metadata -> plain python types (Path -> str, tuple -> list); TypeError otherwise.
+
+    Subclasses of the plain types (torch's TorchVersion is a str, IntEnum an int) become the
+    plain type itself: weights_only loading would refuse them."""
+    if value is None:
         return value
+    for plain in (bool, int, float, str):
+        if isinstance(value, plain):
+            return plain(value)
     if isinstance(value, os.PathLike):
         return os.fspath(value)
     if isinstance(value, Mapping):

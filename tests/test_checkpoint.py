@@ -386,3 +386,17 @@ def test_save_is_reproducible(tmp_path):
     save_model(tmp_path / "a.pt", net, metadata={"k": 1})
     save_model(tmp_path / "b.pt", net, metadata={"k": 1})
     assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
+
+
+def test_metadata_subclasses_of_plain_types_are_stored_plain(tmp_path):
+    import torch
+
+    from stylize.checkpoint import load_model, save_model
+    from stylize.nn.transformer import TransformerNet, preset
+
+    net = TransformerNet(preset("magenta-lite"))
+    path = tmp_path / "m.pt"
+    save_model(path, net, metadata={"torch": torch.__version__, "flag": True, "n": 3})
+    meta = load_model(path).metadata
+    assert type(meta["torch"]) is str and meta["torch"] == str(torch.__version__)
+    assert meta["flag"] is True and type(meta["n"]) is int

@@ -43,6 +43,15 @@ def _register() -> None:
     from stylize.cli import info
 
     app.command("info")(info.info)
+    from stylize.cli import apply
+
+    app.command("apply")(apply.apply)
+    from stylize.cli import models
+
+    app.command("models")(models.models)
+    from stylize.cli import train
+
+    app.command("train")(train.train)
 
 
 _register()
