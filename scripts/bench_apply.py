@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -34,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from stylize.batch import ApplyOptions  # noqa: E402
+from stylize.device import cpu_name  # noqa: E402
 from stylize.stylizer import Stylizer  # noqa: E402
 
 ONNX = ROOT.parent / "shared" / "models" / "multistyle26.onnx"
@@ -53,14 +53,7 @@ def timed(fn, runs: int, warmup: int = 1) -> float:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
     return (
         f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__} "

@@ -211,14 +211,9 @@ def child_peak_rss(name: str, args) -> float:
 def machine(device_name: str) -> str:
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from stylize.device import cpu_name
+
+    cpu = cpu_name()
     what = device_name or f"CPU {cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
     return f"{what}; torch {torch.__version__}, Python {platform.python_version()}"
 

@@ -44,3 +44,17 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype:
     if device.type == "cpu" and name == "fp16":
         raise StylizeError("--precision fp16 is not supported on the CPU; use fp32 or bf16")
     return _DTYPES[name]
+
+
+def cpu_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one), for reports."""
+    import platform
+    from pathlib import Path
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

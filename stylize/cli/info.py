@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import sys
 
@@ -29,7 +30,9 @@ def collect_info() -> dict[str, object]:
     except Exception as exc:  # torchvision missing or built for another torch
         info["torchvision"] = f"not importable ({type(exc).__name__}: {exc})"
     info["cuda_build"] = torch.version.cuda or "none (CPU-only torch build)"
-    devices = ["cpu"]
+    from stylize.device import cpu_name
+
+    devices = [f"cpu ({cpu_name()}, {os.cpu_count()} logical CPUs)"]
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
             props = torch.cuda.get_device_properties(i)
