@@ -170,6 +170,58 @@ def preset(name: str, num_styles: int = 1) -> NetConfig:
 PRESETS = ("johnson", "magenta-lite")
 
 
+def reflect_pad_nhwc(x: torch.Tensor, p: int) -> torch.Tensor:
+    """F.pad(x, (p, p, p, p), mode="reflect") for channels_last x (N, C, H, W), p < H, W.
+
+    One copy of x into the middle of a fresh channels_last (N, C, H + 2p, W + 2p) tensor,
+    then the p-wide side strips and the top/bottom strips (corners included) mirrored from
+    it: bitwise the same values as F.pad, whose reflection kernel is slow on channels_last
+    tensors with few channels (1x4x1024x1024, p=4: ~3.9 ms against ~1 ms, 1 thread).
+    """
+    n, c, h, w = x.shape
+    out = torch.empty(
+        (n, c, h + 2 * p, w + 2 * p), dtype=x.dtype, device=x.device,
+        memory_format=torch.channels_last,
+    )
+    out[:, :, p : p + h, p : p + w] = x
+    out[:, :, p : p + h, :p] = x[:, :, :, 1 : p + 1].flip(3)  # left: columns p .. 1
+    out[:, :, p : p + h, p + w :] = x[:, :, :, w - p - 1 : w - 1].flip(3)  # right
+    out[:, :, :p] = out[:, :, p + 1 : 2 * p + 1].flip(2)  # top: padded rows 2p .. p+1
+    out[:, :, p + h :] = out[:, :, h - 1 : h + p - 1].flip(2)  # bottom
+    return out
+
+
+def space_to_depth_weight(weight: torch.Tensor) -> torch.Tensor:
+    """The stride-1 convolution weight (C_out, C_in, k, k) rewritten for 2x2 space-to-depth:
+    conv2d(xp, weight) == pixel_shuffle(conv2d(pixel_unshuffle(xp, 2), w2), 2) for xp of even
+    size, w2 (4 C_out, 4 C_in, kk, kk), kk = (k + 2) // 2, channels ordered like
+    pixel_(un)shuffle: (o, a, b) output phase, (c, r, s) input phase.
+    w2[(o, a, b), (c, r, s), u, v] = weight[o, c, 2u + r - a, 2v + s - b] (zero outside)."""
+    co, ci, k, _ = weight.shape
+    kk = (k + 2) // 2
+    wp = F.pad(weight, (1, 2 * kk - k, 1, 2 * kk - k))  # (C_out, C_in, 2kk+1, 2kk+1), 0 ends
+    a = torch.arange(2, device=weight.device)
+    u = torch.arange(kk, device=weight.device)
+    idx = 2 * u[None, :, None] + a.new_tensor([0, 1])[None, None, :] - a[:, None, None] + 1
+    # (2, kk, 2): tap index into wp for output phase a, tap u, input phase r
+    w2 = wp[:, :, idx[:, :, :, None, None, None], idx[None, None, None]]
+    # (C_out, C_in, a, u, r, b, v, s) -> (C_out, a, b, C_in, r, s, u, v)
+    return w2.permute(0, 2, 5, 1, 4, 7, 3, 6).reshape(co * 4, ci * 4, kk, kk)
+
+
+def _cpu_inference(x: torch.Tensor) -> bool:
+    """x is a channels_last CPU tensor on the plain eager inference path (no autograd, no
+    compile, trace or export), where the hand-written helpers above are used."""
+    return (
+        x.device.type == "cpu"
+        and not torch.is_grad_enabled()
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and not torch.compiler.is_compiling()
+        and not torch.jit.is_tracing()
+        and not torch.onnx.is_in_onnx_export()
+    )
+
+
 class ConvLayer(nn.Module):
     """Padded convolution, then (optionally) a norm with the activation fused into it."""
 
@@ -193,6 +245,8 @@ class ConvLayer(nn.Module):
             padding_mode=cfg.padding,
             bias=not norm,
         )
+        # few output channels, large kernel, stride 1 (the head): space-to-depth on the CPU
+        self.space_to_depth = stride == 1 and c_out <= 4 and kernel >= 5
         self.norm: nn.Module | None = None
         self.conditional = norm and cfg.norm == "conditional"
         if norm and self.conditional:
@@ -203,7 +257,21 @@ class ConvLayer(nn.Module):
             raise ValueError("an activation without a norm is not used by this network")
 
     def forward(self, x: torch.Tensor, style_weights: torch.Tensor | None) -> torch.Tensor:
-        x = self.conv(x)  # (N, C_out, H / stride, W / stride)
+        conv, p = self.conv, self.conv.padding[0]
+        if conv.padding_mode == "reflect" and 0 < p < min(x.shape[2:]) and _cpu_inference(x):
+            # the same computation as self.conv(x), with a faster channels_last padding
+            x = reflect_pad_nhwc(x, p)  # (N, C_in, H + 2p, W + 2p)
+            if self.space_to_depth and x.shape[2] % 2 == 0 and x.shape[3] % 2 == 0:
+                # oneDNN computes at least 16 output channels: run the few-channel head on
+                # 2x2 phases (4 C_out channels at half resolution) instead; ~2x faster
+                bias = None if conv.bias is None else conv.bias.repeat_interleave(4)
+                x = F.conv2d(F.pixel_unshuffle(x, 2), space_to_depth_weight(conv.weight), bias)
+                x = F.pixel_shuffle(x, 2)  # (N, C_out, H, W)
+            else:
+                x = F.conv2d(x, conv.weight, conv.bias, conv.stride, 0, conv.dilation,
+                             conv.groups)
+        else:
+            x = conv(x)  # (N, C_out, H / stride, W / stride)
         if self.norm is None:
             return x
         if self.conditional:
@@ -220,7 +288,10 @@ class ResidualBlock(nn.Module):
         self.conv2 = ConvLayer(cfg, channels, channels, cfg.inner_kernel, activation=None)
 
     def forward(self, x: torch.Tensor, style_weights: torch.Tensor | None) -> torch.Tensor:
-        return x + self.conv2(self.conv1(x, style_weights), style_weights)
+        y = self.conv2(self.conv1(x, style_weights), style_weights)
+        if torch.is_grad_enabled():
+            return x + y
+        return y.add_(x)  # inference: y is a fresh tensor, no new allocation needed
 
 
 class UpsampleConv(nn.Module):
