@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from stylize.batch import ApplyOptions  # noqa: E402
+from stylize.cpu_memory import keep_freed_memory  # noqa: E402
 from stylize.device import cpu_name  # noqa: E402
 from stylize.stylizer import Stylizer  # noqa: E402
 
@@ -236,14 +237,24 @@ def main() -> None:
     ap.add_argument("--no-e2e", action="store_true", help="skip the CPU end-to-end table")
     ap.add_argument("--md", type=Path, help="also write the tables to this Markdown file")
     ap.add_argument("--threads", type=int, help="intra-op threads for torch and onnxruntime")
+    ap.add_argument(
+        "--default-allocator",
+        action="store_true",
+        help="leave glibc's allocator as it is (stylize apply tunes it for CPU work)",
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    tuned = not args.default_allocator and keep_freed_memory()
 
     lines = [
         f"# stylize apply benchmark ({datetime.date.today().isoformat()})",
         "",
         f"Machine: {machine()}",
+        "",
+        "Allocator: "
+        + ("glibc tuned to keep freed memory, as `stylize apply` does on the CPU" if tuned
+           else "default"),
         "",
     ]
     print(lines[2], flush=True)

@@ -126,6 +126,10 @@ def apply(
     stylizer = Stylizer(
         model, device=device, precision=precision, compile=compile_mode, tile_size=tile_size
     )
+    if stylizer.device.type == "cpu":
+        from stylize.cpu_memory import keep_freed_memory
+
+        keep_freed_memory()  # reuse freed activations instead of page-faulting on new ones
     show_bar = not quiet and err_console.is_terminal and len(jobs) + len(early) > 1
     ui = _Progress(show_bar)
     try:
