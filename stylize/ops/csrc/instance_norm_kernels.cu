@@ -118,6 +118,123 @@ __device__ __forceinline__ void stats_from_sums(float shift, float s1, float s2,
   rstd = rsqrtf(var + eps);
 }
 
+// ---------------------------------------------------------------- plane part in registers
+// One thread's share of packs [begin, end) of a plane: packs j = begin + threadIdx.x + i *
+// blockDim.x, i < VPT.  Shared by the register-resident kernels (the whole plane, begin = 0)
+// and the cluster kernels (this block's part of the plane).
+
+// Loads the thread's packs of x into v (zeros past end); returns their sum.
+template <typename T, int V, int VPT>
+__device__ __forceinline__ float load_part(const Pack<T, V>* xp, int64_t begin, int64_t end,
+                                           float (&v)[VPT][V]) {
+  float s = 0.f;
+#pragma unroll
+  for (int i = 0; i < VPT; ++i) {
+    const int64_t j = begin + threadIdx.x + static_cast<int64_t>(i) * blockDim.x;
+    if (j < end) {
+      const Pack<T, V> pk = xp[j];
+#pragma unroll
+      for (int k = 0; k < V; ++k) {
+        v[i][k] = to_f(pk.v[k]);
+        s += v[i][k];
+      }
+    } else {
+#pragma unroll
+      for (int k = 0; k < V; ++k) v[i][k] = 0.f;
+    }
+  }
+  return s;
+}
+
+// Sum of squared deviations from mean of the thread's loaded values.
+template <int V, int VPT>
+__device__ __forceinline__ float sq_dev_part(const float (&v)[VPT][V], int64_t begin,
+                                             int64_t end, float mean) {
+  float m2 = 0.f;
+#pragma unroll
+  for (int i = 0; i < VPT; ++i) {
+    const int64_t j = begin + threadIdx.x + static_cast<int64_t>(i) * blockDim.x;
+    if (j < end) {
+#pragma unroll
+      for (int k = 0; k < V; ++k) {
+        const float d = v[i][k] - mean;
+        m2 = fmaf(d, d, m2);
+      }
+    }
+  }
+  return m2;
+}
+
+// y = v * scale + shift (then ReLU) for the thread's packs.
+template <typename T, int V, int VPT>
+__device__ __forceinline__ void store_affine_part(Pack<T, V>* yp, int64_t begin, int64_t end,
+                                                  const float (&v)[VPT][V], float scale,
+                                                  float shift, bool relu) {
+#pragma unroll
+  for (int i = 0; i < VPT; ++i) {
+    const int64_t j = begin + threadIdx.x + static_cast<int64_t>(i) * blockDim.x;
+    if (j < end) {
+      Pack<T, V> out;
+#pragma unroll
+      for (int k = 0; k < V; ++k) {
+        float o = fmaf(v[i][k], scale, shift);
+        if (relu) o = relu_f(o);
+        out.v[k] = from_f<T>(o);
+      }
+      yp[j] = out;
+    }
+  }
+}
+
+// Backward loads: xh = normalized x, g = dy masked by the ReLU recomputed from x and the
+// saved statistics (scale/shift: the forward's folded affine); sg += sum(g), sgx += sum(g*xh).
+template <typename T, int V, int VPT>
+__device__ __forceinline__ void load_grad_part(const Pack<T, V>* xp, const Pack<T, V>* dyp,
+                                               int64_t begin, int64_t end, float mean,
+                                               float rstd, float scale, float shift, bool relu,
+                                               float (&xh)[VPT][V], float (&g)[VPT][V],
+                                               float& sg, float& sgx) {
+#pragma unroll
+  for (int i = 0; i < VPT; ++i) {
+    const int64_t j = begin + threadIdx.x + static_cast<int64_t>(i) * blockDim.x;
+    if (j < end) {
+      const Pack<T, V> px = xp[j];
+      const Pack<T, V> pg = dyp[j];
+#pragma unroll
+      for (int k = 0; k < V; ++k) {
+        const float xv = to_f(px.v[k]);
+        float gv = to_f(pg.v[k]);
+        if (relu && !(fmaf(xv, scale, shift) > 0.f)) gv = 0.f;
+        xh[i][k] = (xv - mean) * rstd;
+        g[i][k] = gv;
+        sg += gv;
+        sgx = fmaf(gv, xh[i][k], sgx);
+      }
+    } else {
+#pragma unroll
+      for (int k = 0; k < V; ++k) xh[i][k] = g[i][k] = 0.f;
+    }
+  }
+}
+
+// dx = kx * (g - mg - xh * mgx) for the thread's packs.
+template <typename T, int V, int VPT>
+__device__ __forceinline__ void store_dx_part(Pack<T, V>* dxp, int64_t begin, int64_t end,
+                                              const float (&xh)[VPT][V],
+                                              const float (&g)[VPT][V], float kx, float mg,
+                                              float mgx) {
+#pragma unroll
+  for (int i = 0; i < VPT; ++i) {
+    const int64_t j = begin + threadIdx.x + static_cast<int64_t>(i) * blockDim.x;
+    if (j < end) {
+      Pack<T, V> out;
+#pragma unroll
+      for (int k = 0; k < V; ++k) out.v[k] = from_f<T>(kx * (g[i][k] - mg - xh[i][k] * mgx));
+      dxp[j] = out;
+    }
+  }
+}
+
 // ---------------------------------------------------------------- NCHW, plane in registers
 template <typename T, int V, int VPT>
 __global__ void __launch_bounds__(kResidentMaxThreads)
@@ -131,36 +248,10 @@ __global__ void __launch_bounds__(kResidentMaxThreads)
     const Pack<T, V>* xp = reinterpret_cast<const Pack<T, V>*>(x + p * hw);
     Pack<T, V>* yp = reinterpret_cast<Pack<T, V>*>(y + p * hw);
     float v[VPT][V];
-    float s = 0.f, unused = 0.f;
-#pragma unroll
-    for (int i = 0; i < VPT; ++i) {
-      const int64_t j = threadIdx.x + static_cast<int64_t>(i) * blockDim.x;
-      if (j < nvec) {
-        const Pack<T, V> pk = xp[j];
-#pragma unroll
-        for (int k = 0; k < V; ++k) {
-          v[i][k] = to_f(pk.v[k]);
-          s += v[i][k];
-        }
-      } else {
-#pragma unroll
-        for (int k = 0; k < V; ++k) v[i][k] = 0.f;
-      }
-    }
+    float s = load_part<T, V, VPT>(xp, 0, nvec, v), unused = 0.f;
     block_sum2(s, unused, sh);
     const float mean = s * inv_hw;
-    float m2 = 0.f;
-#pragma unroll
-    for (int i = 0; i < VPT; ++i) {
-      const int64_t j = threadIdx.x + static_cast<int64_t>(i) * blockDim.x;
-      if (j < nvec) {
-#pragma unroll
-        for (int k = 0; k < V; ++k) {
-          const float d = v[i][k] - mean;
-          m2 = fmaf(d, d, m2);
-        }
-      }
-    }
+    float m2 = sq_dev_part<V, VPT>(v, 0, nvec, mean);
     block_sum2(m2, unused, sh);
     const float rstd = rsqrtf(m2 * inv_hw + a.eps);
     const PlaneParams pp = plane_params(a, p);
@@ -169,20 +260,7 @@ __global__ void __launch_bounds__(kResidentMaxThreads)
       a.mean[p] = mean;
       a.rstd[p] = rstd;
     }
-#pragma unroll
-    for (int i = 0; i < VPT; ++i) {
-      const int64_t j = threadIdx.x + static_cast<int64_t>(i) * blockDim.x;
-      if (j < nvec) {
-        Pack<T, V> out;
-#pragma unroll
-        for (int k = 0; k < V; ++k) {
-          float o = fmaf(v[i][k], scale, shift);
-          if (a.relu) o = relu_f(o);
-          out.v[k] = from_f<T>(o);
-        }
-        yp[j] = out;
-      }
-    }
+    store_affine_part<T, V, VPT>(yp, 0, nvec, v, scale, shift, a.relu);
   }
 }
 
@@ -204,43 +282,15 @@ __global__ void __launch_bounds__(kResidentMaxThreads)
     const float scale = rstd * pp.w, shift = pp.b - mean * scale;
     float xh[VPT][V], g[VPT][V];  // normalized x, masked dy
     float sg = 0.f, sgx = 0.f;
-#pragma unroll
-    for (int i = 0; i < VPT; ++i) {
-      const int64_t j = threadIdx.x + static_cast<int64_t>(i) * blockDim.x;
-      if (j < nvec) {
-        const Pack<T, V> px = xp[j];
-        const Pack<T, V> pg = dyp[j];
-#pragma unroll
-        for (int k = 0; k < V; ++k) {
-          const float xv = to_f(px.v[k]);
-          float gv = to_f(pg.v[k]);
-          if (a.relu && !(fmaf(xv, scale, shift) > 0.f)) gv = 0.f;
-          xh[i][k] = (xv - mean) * rstd;
-          g[i][k] = gv;
-          sg += gv;
-          sgx = fmaf(gv, xh[i][k], sgx);
-        }
-      } else {
-#pragma unroll
-        for (int k = 0; k < V; ++k) xh[i][k] = g[i][k] = 0.f;
-      }
-    }
+    load_grad_part<T, V, VPT>(xp, dyp, 0, nvec, mean, rstd, scale, shift, a.relu, xh, g,
+                              sg, sgx);
     block_sum2(sg, sgx, sh);
     if (threadIdx.x == 0) {
       a.dbias[p] = sg;
       a.dweight[p] = sgx;
     }
     const float kx = rstd * pp.w, mg = sg * inv_hw, mgx = sgx * inv_hw;
-#pragma unroll
-    for (int i = 0; i < VPT; ++i) {
-      const int64_t j = threadIdx.x + static_cast<int64_t>(i) * blockDim.x;
-      if (j < nvec) {
-        Pack<T, V> out;
-#pragma unroll
-        for (int k = 0; k < V; ++k) out.v[k] = from_f<T>(kx * (g[i][k] - mg - xh[i][k] * mgx));
-        dxp[j] = out;
-      }
-    }
+    store_dx_part<T, V, VPT>(dxp, 0, nvec, xh, g, kx, mg, mgx);
   }
 }
 
@@ -280,38 +330,12 @@ __global__ void __launch_bounds__(kResidentMaxThreads)
     const Pack<T, V>* xp = reinterpret_cast<const Pack<T, V>*>(x + p * hw);
     Pack<T, V>* yp = reinterpret_cast<Pack<T, V>*>(y + p * hw);
     float v[VPT][V];
-    float s = 0.f, unused = 0.f;
-#pragma unroll
-    for (int i = 0; i < VPT; ++i) {
-      const int64_t j = begin + threadIdx.x + static_cast<int64_t>(i) * blockDim.x;
-      if (j < end) {
-        const Pack<T, V> pk = xp[j];
-#pragma unroll
-        for (int k = 0; k < V; ++k) {
-          v[i][k] = to_f(pk.v[k]);
-          s += v[i][k];
-        }
-      } else {
-#pragma unroll
-        for (int k = 0; k < V; ++k) v[i][k] = 0.f;
-      }
-    }
+    float s = load_part<T, V, VPT>(xp, begin, end, v), unused = 0.f;
     block_sum2(s, unused, sh);
     if (threadIdx.x == 0) part[0] = s;
     cluster.sync();
     const float mean = cluster_sum(cluster, part, 0) * inv_hw;
-    float m2 = 0.f;
-#pragma unroll
-    for (int i = 0; i < VPT; ++i) {
-      const int64_t j = begin + threadIdx.x + static_cast<int64_t>(i) * blockDim.x;
-      if (j < end) {
-#pragma unroll
-        for (int k = 0; k < V; ++k) {
-          const float d = v[i][k] - mean;
-          m2 = fmaf(d, d, m2);
-        }
-      }
-    }
+    float m2 = sq_dev_part<V, VPT>(v, begin, end, mean);
     block_sum2(m2, unused, sh);
     if (threadIdx.x == 0) part[1] = m2;
     cluster.sync();
@@ -322,20 +346,7 @@ __global__ void __launch_bounds__(kResidentMaxThreads)
       a.mean[p] = mean;
       a.rstd[p] = rstd;
     }
-#pragma unroll
-    for (int i = 0; i < VPT; ++i) {
-      const int64_t j = begin + threadIdx.x + static_cast<int64_t>(i) * blockDim.x;
-      if (j < end) {
-        Pack<T, V> out;
-#pragma unroll
-        for (int k = 0; k < V; ++k) {
-          float o = fmaf(v[i][k], scale, shift);
-          if (a.relu) o = relu_f(o);
-          out.v[k] = from_f<T>(o);
-        }
-        yp[j] = out;
-      }
-    }
+    store_affine_part<T, V, VPT>(yp, begin, end, v, scale, shift, a.relu);
     cluster.sync();  // part[] is read by the other blocks until here
   }
 #else
@@ -367,27 +378,8 @@ __global__ void __launch_bounds__(kResidentMaxThreads)
     const float scale = rstd * pp.w, shift = pp.b - mean * scale;
     float xh[VPT][V], g[VPT][V];
     float sg = 0.f, sgx = 0.f;
-#pragma unroll
-    for (int i = 0; i < VPT; ++i) {
-      const int64_t j = begin + threadIdx.x + static_cast<int64_t>(i) * blockDim.x;
-      if (j < end) {
-        const Pack<T, V> px = xp[j];
-        const Pack<T, V> pg = dyp[j];
-#pragma unroll
-        for (int k = 0; k < V; ++k) {
-          const float xv = to_f(px.v[k]);
-          float gv = to_f(pg.v[k]);
-          if (a.relu && !(fmaf(xv, scale, shift) > 0.f)) gv = 0.f;
-          xh[i][k] = (xv - mean) * rstd;
-          g[i][k] = gv;
-          sg += gv;
-          sgx = fmaf(gv, xh[i][k], sgx);
-        }
-      } else {
-#pragma unroll
-        for (int k = 0; k < V; ++k) xh[i][k] = g[i][k] = 0.f;
-      }
-    }
+    load_grad_part<T, V, VPT>(xp, dyp, begin, end, mean, rstd, scale, shift, a.relu, xh, g,
+                              sg, sgx);
     block_sum2(sg, sgx, sh);
     if (threadIdx.x == 0) {
       part[0] = sg;
@@ -401,16 +393,7 @@ __global__ void __launch_bounds__(kResidentMaxThreads)
       a.dweight[p] = sgx;
     }
     const float kx = rstd * pp.w, mg = sg * inv_hw, mgx = sgx * inv_hw;
-#pragma unroll
-    for (int i = 0; i < VPT; ++i) {
-      const int64_t j = begin + threadIdx.x + static_cast<int64_t>(i) * blockDim.x;
-      if (j < end) {
-        Pack<T, V> out;
-#pragma unroll
-        for (int k = 0; k < V; ++k) out.v[k] = from_f<T>(kx * (g[i][k] - mg - xh[i][k] * mgx));
-        dxp[j] = out;
-      }
-    }
+    store_dx_part<T, V, VPT>(dxp, begin, end, xh, g, kx, mg, mgx);
     cluster.sync();  // part[] is read by the other blocks until here
   }
 #else
