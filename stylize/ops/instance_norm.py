@@ -54,14 +54,21 @@ def _variance(mean: Tensor, msq: Tensor) -> Tensor | None:
     return var
 
 
+def _fold(mean: Tensor, rstd: Tensor, weight: Tensor | None,
+          bias: Tensor | None) -> tuple[Tensor, Tensor]:
+    """(scale, shift), each (N, C), with normalization and affine folded together:
+    y = x * scale + shift (before the ReLU)."""
+    scale = rstd if weight is None else rstd * weight  # (N, C)
+    shift = mean * scale
+    shift = shift.neg_() if bias is None else torch.sub(bias, shift)  # (N, C)
+    return scale, shift
+
+
 def _affine(mean: Tensor, var: Tensor, weight: Tensor | None, bias: Tensor | None,
             eps: float) -> tuple[Tensor, Tensor, Tensor]:
     """(rstd, scale, shift), each (N, C): y = x * scale + shift (var is reused)."""
     rstd = var.add_(eps).rsqrt_()
-    scale = rstd if weight is None else rstd * weight  # (N, C)
-    shift = mean * scale
-    shift = shift.neg_() if bias is None else torch.sub(bias, shift)  # (N, C)
-    return rstd, scale, shift
+    return rstd, *_fold(mean, rstd, weight, bias)
 
 
 def _forward_sums(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float,
@@ -215,9 +222,7 @@ def backward_torch(
     acc = _acc_dtype(x)
     wt = (x.new_ones((n, c), dtype=acc) if weight is None else weight.expand(n, c)).contiguous()
     if relu:
-        scale = rstd * wt  # (N, C)
-        shift = mean * scale
-        shift = shift.neg_() if bias is None else torch.sub(bias, shift)
+        scale, shift = _fold(mean, rstd, weight, bias)  # (N, C) each
         # pre-activation rounded to x's dtype, like the forward's output before its ReLU
         pre = torch.addcmul(shift[:, :, None, None], x, scale[:, :, None, None],
                             out=torch.empty_like(x))
