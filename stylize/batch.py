@@ -315,7 +315,6 @@ class _Decoded:
 
 
 def _decode(job: Job, options: ApplyOptions) -> _Decoded:
-    from stylize.stylizer import pil_to_pixels
 
     t0 = time.perf_counter()
     if job.source is None:
@@ -331,15 +330,14 @@ def _decode(job: Job, options: ApplyOptions) -> _Decoded:
         max_pixels=options.max_pixels or None,
         max_size=options.max_size,
     )
-    return _Decoded(job, dec, pil_to_pixels(dec.rgb), t0)
+    return _Decoded(job, dec, images.pil_to_pixels(dec.rgb), t0)
 
 
 def _encode(d: _Decoded, out: torch.Tensor, options: ApplyOptions) -> FileResult:
-    from stylize.stylizer import from_pixels
 
     job = d.job
     fmt = job.format or d.image.format or "png"
-    img = images.output_image(from_pixels(out), d.image.alpha, fmt)
+    img = images.output_image(images.from_pixels(out), d.image.alpha, fmt)
     h, w = out.shape[:2]
     if job.output is None:
         data = images.encode_bytes(img, fmt, quality=options.quality, icc=d.image.icc_profile)

@@ -1,4 +1,4 @@
-"""Image decoding and encoding for `stylize apply`: real-world files in, 8-bit RGB(A) out.
+"""Image decoding and encoding: real-world files in, 8-bit RGB(A) out.
 
 Decoding (`decode`) turns any file Pillow reads into a `DecodedImage`: 8-bit RGB pixels with the
 EXIF orientation applied, the alpha channel (if any) split off to be re-attached after
@@ -11,7 +11,8 @@ stylizing, and the ICC profile kept when it describes RGB.  Mode handling:
 
 A decompression-bomb guard (`max_pixels`) refuses absurd pixel counts from the header alone,
 before any pixel is decoded.  Encoding (`encode`) writes through `stylize.fileio.atomic_path`,
-so an interrupted run never leaves a half-written image behind.
+so an interrupted run never leaves a half-written image behind.  `pil_to_pixels` and
+`from_pixels` convert between RGB images and (H, W, 3) uint8 tensors for apply and training.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+import torch
 from PIL import Image, ImageCms, ImageFile, ImageOps, UnidentifiedImageError
 
 from stylize.errors import StylizeError
@@ -289,3 +291,21 @@ def encode(
 
 # Truncated files should fail loudly rather than decode with grey bands.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+# -- pixels <-> tensors ------------------------------------------------------------------------
+
+
+def pil_to_pixels(rgb: Image.Image) -> torch.Tensor:
+    """An RGB PIL image -> (H, W, 3) uint8 tensor (one copy)."""
+    import numpy as np
+
+    return torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy())
+
+
+def from_pixels(pixels: torch.Tensor, alpha: Image.Image | None = None) -> Image.Image:
+    """(H, W, 3) uint8 CPU tensor (+ alpha plane) -> PIL RGB / RGBA image."""
+    img = Image.fromarray(pixels.numpy())
+    if alpha is not None:
+        img.putalpha(alpha)
+    return img

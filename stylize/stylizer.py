@@ -216,7 +216,7 @@ class Stylizer:
         pixels, alpha = to_pixels(image)
         weights = self.style_vector(style)
         out = self.stylize_pixels(pixels[None], weights, strength, preserve_color)[0]
-        return from_pixels(out, alpha)
+        return images.from_pixels(out, alpha)
 
     # -- files and folders --------------------------------------------------------------------
     def stylize_files(
@@ -278,7 +278,7 @@ def to_pixels(image: object) -> tuple[torch.Tensor, Image.Image | None]:
     """Any supported image -> ((H, W, 3) uint8 CPU tensor, alpha plane or None)."""
     if isinstance(image, (str, os.PathLike, Image.Image, bytes)):
         dec = images.decode(image)
-        return pil_to_pixels(dec.rgb), dec.alpha
+        return images.pil_to_pixels(dec.rgb), dec.alpha
     if isinstance(image, torch.Tensor):
         t = image.detach()
         if t.dtype == torch.uint8 and t.dim() == 3 and t.shape[-1] == 3:
@@ -306,19 +306,4 @@ def to_pixels(image: object) -> tuple[torch.Tensor, Image.Image | None]:
         f"cannot stylize a {type(image).__name__}: pass a path, a PIL image, an (H, W, 3) uint8 "
         "array or a float tensor"
     )
-
-
-def pil_to_pixels(rgb: Image.Image) -> torch.Tensor:
-    """An RGB PIL image -> (H, W, 3) uint8 tensor (one copy)."""
-    import numpy as np
-
-    return torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy())
-
-
-def from_pixels(pixels: torch.Tensor, alpha: Image.Image | None = None) -> Image.Image:
-    """(H, W, 3) uint8 CPU tensor (+ alpha plane) -> PIL RGB / RGBA image."""
-    img = Image.fromarray(pixels.numpy())
-    if alpha is not None:
-        img.putalpha(alpha)
-    return img
 

@@ -14,14 +14,15 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from stylize.images import from_pixels
+
 _CACHE: dict[str, Path] = {}
 
 
 def _image(t: torch.Tensor) -> Image.Image:
     """(3, H, W) float [0, 1] -> PIL RGB."""
-    data = (t.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0)
-    data = data.clone(memory_format=torch.contiguous_format)
-    return Image.frombytes("RGB", (data.shape[1], data.shape[0]), bytes(data.untyped_storage()))
+    data = (t.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0)  # (H, W, 3)
+    return from_pixels(data.contiguous())
 
 
 def vgg_weights_file(base: Path) -> Path:

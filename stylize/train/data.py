@@ -28,7 +28,7 @@ from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
 from stylize.errors import StylizeError
-from stylize.images import decode
+from stylize.images import decode, pil_to_pixels
 
 _MIX = 0x9E3779B97F4A7C15  # golden-ratio constant for seed mixing
 
@@ -95,13 +95,6 @@ def scan_photos(root: str | os.PathLike) -> PhotoScan:
 # -- decoding ---------------------------------------------------------------------------------
 
 
-def _to_uint8_tensor(img: Image.Image) -> torch.Tensor:
-    """RGB PIL image -> (3, H, W) uint8."""
-    w, h = img.size
-    data = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)  # (H * W * 3,)
-    return data.view(h, w, 3).permute(2, 0, 1).contiguous()
-
-
 def _open_rgb(path: Path, short_side: int, name: str | None = None) -> Image.Image:
     """Decode with `stylize.images.decode` (EXIF orientation, any colour mode, bomb guard, JPEG
     DCT downscaling), then resize so the short side is exactly `short_side` (or a pixel or two
@@ -133,7 +126,7 @@ def load_crop(path: Path, size: int, generator: torch.Generator | None = None) -
     img = img.crop((left, top, left + size, top + size))
     if flip:
         img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    return _to_uint8_tensor(img)
+    return pil_to_pixels(img).permute(2, 0, 1).contiguous()  # (3, size, size)
 
 
 def load_style_image(path: str | os.PathLike, short_side: int) -> torch.Tensor:
@@ -148,7 +141,7 @@ def load_style_image(path: str | os.PathLike, short_side: int) -> torch.Tensor:
     except Exception as exc:  # PIL cannot even identify it
         reason = " ".join(str(exc).split())[:160]
         raise StylizeError(f"--style {path}: cannot read it as an image ({reason})") from None
-    return _to_uint8_tensor(img).unsqueeze(0).float() / 255.0
+    return pil_to_pixels(img).permute(2, 0, 1).unsqueeze(0).float() / 255.0  # (1, 3, H, W)
 
 
 # -- order and dataset ------------------------------------------------------------------------

@@ -289,14 +289,10 @@ def _preview_grid(net: nn.Module, photos: torch.Tensor, num_styles: int, dtype) 
 
 def _save_png(image: torch.Tensor, path: Path) -> None:
     """(3, H, W) float [0, 1] -> PNG, atomically."""
-    from PIL import Image
-
-    from stylize.images import encode
+    from stylize.images import encode, from_pixels
 
     data = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0)  # (H, W, 3)
-    data = data.clone(memory_format=torch.contiguous_format)
-    img = Image.frombytes("RGB", (data.shape[1], data.shape[0]), bytes(data.untyped_storage()))
-    encode(img, path, "png")
+    encode(from_pixels(data.contiguous()), path, "png")
 
 
 # -- the loop ---------------------------------------------------------------------------------
